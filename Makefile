@@ -1,0 +1,29 @@
+# Two entry points do all set-up on a fresh machine (Python 3.11+):
+#   make demo   - runs the multi-task experiment
+#   make test   - lint, the whole test suite on every backend, the docs build
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo quickstart test lint docs bench clean
+
+$(STAMP): pyproject.toml constraints.txt requirements/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -r requirements/dev.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/quickstart.py
+
+quickstart: $(STAMP)
+	$(PY) examples/quickstart.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check masked_losses tests examples benchmarks
+
+test: $(STAMP) lint
+	$(PY) -m pytest masked_losses tests
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .hypothesis
