@@ -14,16 +14,21 @@ $(STAMP): pyproject.toml constraints.txt requirements/dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/multitask.py --out results
 
 quickstart: $(STAMP)
 	$(PY) examples/quickstart.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check masked_losses tests examples benchmarks
+	$(PY) -m ruff check masked_losses tests examples benchmarks docs
 
+# The docs build (mkdocs build --strict) and every docs snippet are tests in tests/test_docs.py.
 test: $(STAMP) lint
 	$(PY) -m pytest masked_losses tests
+
+# The site in site/ (strict: a warning is an error); `$(PY) -m mkdocs serve` to browse it live.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .hypothesis

@@ -18,6 +18,14 @@ from ._errors import (
 )
 from ._losses import MaskedLoss, epsilon_ratio_mse, masked, masked_mse
 from ._reduce import masked_mean, masked_sum, valid_count
+from .metrics import (
+    MaskedMetrics,
+    MetricValues,
+    metrics_compute,
+    metrics_init,
+    metrics_merge,
+    metrics_update,
+)
 
 __version__ = "0.1.0"
 
@@ -28,6 +36,8 @@ __all__ = [
     "LabelError",
     "MaskedLoss",
     "MaskedLossError",
+    "MaskedMetrics",
+    "MetricValues",
     "ShapeError",
     "__version__",
     "epsilon_ratio_mse",
@@ -35,5 +45,9 @@ __all__ = [
     "masked_mean",
     "masked_mse",
     "masked_sum",
+    "metrics_compute",
+    "metrics_init",
+    "metrics_merge",
+    "metrics_update",
     "valid_count",
 ]

@@ -20,6 +20,10 @@ __all__ = [
 class MaskedLossError(Exception):
     """Base class of every error raised by masked_losses."""
 
+    # TensorFlow's autograph re-raises an error from inside tf.function as its own type only
+    # when ``type(err).__init__ is Exception.__init__``; otherwise it becomes a StagingError.
+    __init__ = Exception.__init__
+
 
 class ShapeError(MaskedLossError, ValueError):
     """Arrays whose shapes do not fit together (pred vs target, mask/weights vs pred)."""

@@ -58,7 +58,7 @@ def _prepare(
     check_same_shape(pred, target)
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
-    axes = normalize_axis(axis, pred.ndim)
+    axes = normalize_axis(axis, len(pred.shape))
     if reduction == "none" and axes is not None:
         from ._errors import ArgumentError
 
@@ -235,6 +235,21 @@ def epsilon_ratio_mse(
     )
     if check and not is_traced(target):
         _check_labels(xp, target)
+    terms, valid, ratio = epsilon_ratio_terms(xp, pred, target, eps, weights, dtype)
+    return reduce_terms(
+        xp, terms, valid, ratio, reduction=reduction, axis=axes,
+        normalizer=normalizer, out_dtype=out_dtype,
+    )
+
+
+def epsilon_ratio_terms(
+    xp: Any, pred: Array, target: Array, eps: float, weights: Array | None, dtype: Any
+) -> tuple[Array, Array, Array]:
+    """``(squared errors, valid, ratio weights)`` of :func:`epsilon_ratio_mse`, unreduced.
+
+    Shared with adapters that need the denominator ``Σ ratio`` of ``"mean"`` on its own
+    (``masked_losses.jax`` sums it across devices); the ratio is 0 where ``target == 0``.
+    """
     p, t = cast(xp, pred, dtype), cast(xp, target, dtype)
     valid, w = resolve_validity(xp, t != 0, weights, pred.shape, dtype)
     t = xp.where(valid, t, 0.0)
@@ -242,10 +257,7 @@ def epsilon_ratio_mse(
     ratio = t / (t + eps)
     if w is not None:
         ratio = ratio * w
-    return reduce_terms(
-        xp, _squared_error(p, t), valid, ratio, reduction=reduction, axis=axes,
-        normalizer=normalizer, out_dtype=out_dtype,
-    )
+    return _squared_error(p, t), valid, ratio
 
 
 def masked(elementwise_fn: Callable[[Array, Array], Array], *, fill: float = 0.0) -> MaskedLoss:

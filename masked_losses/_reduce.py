@@ -14,6 +14,8 @@ from typing import Any
 
 from ._namespace import array_namespace
 from ._validate import (
+    as_number,
+    broadcast_shapes,
     check_broadcastable,
     check_floating,
     check_mask_dtype,
@@ -36,7 +38,9 @@ def cast(xp: Any, x: Array, dtype: Any) -> Array:
 
 def normalizer_array(normalizer: Any) -> Array | None:
     """The normalizer if it is an array (so it joins the namespace check), else None."""
-    return None if normalizer is None or isinstance(normalizer, (int, float)) else normalizer
+    if normalizer is None or isinstance(normalizer, bool) or as_number(normalizer) is not None:
+        return None  # a bool is refused by check_normalizer with a clearer message
+    return normalizer
 
 
 def resolve_validity(
@@ -72,11 +76,35 @@ def _out_shape(shape: Sequence[int], axis: tuple[int, ...] | None) -> tuple[int,
 
 def _safe_divide(xp: Any, num: Array, den: Any, dtype: Any) -> Array:
     """``num / den`` where ``den != 0``, else exactly 0 with zero gradient."""
-    if isinstance(den, (int, float)):
-        return num / den if den != 0 else num * 0.0
+    number = as_number(den)
+    if number is not None:
+        return num / number if number != 0 else num * 0.0
     den = cast(xp, den, dtype)
     nonzero = den != 0
     return xp.where(nonzero, num / xp.where(nonzero, den, 1.0), 0.0)
+
+
+def count_nonzero(xp: Any, x: Array, axis: tuple[int, ...] | None) -> Array:
+    """``xp.count_nonzero(x, axis=axis)``, also right for ``axis=()`` (reduce nothing).
+
+    array-api-compat's torch wrapper reduces *every* axis when given ``axis=()``; counting
+    over a new trailing size-1 axis instead gives the elementwise 0/1 count everywhere.
+    """
+    if axis == ():
+        return xp.count_nonzero(x[..., None], axis=-1)
+    return xp.count_nonzero(x, axis=axis)
+
+
+def broadcast_like(xp: Any, x: Any, like: Array) -> Array:
+    """``x`` broadcast to ``like``'s shape, also when a dimension is unknown (``None``).
+
+    Under ``tf.function`` a dimension can be unknown at trace time; ``where`` then
+    broadcasts against the runtime shape (the values are ``x``'s, whatever ``like`` holds).
+    """
+    shape = tuple(like.shape)
+    if None not in shape:
+        return xp.broadcast_to(x, shape)
+    return xp.where(xp.isnan(like), x, x)
 
 
 def reduce_terms(
@@ -113,15 +141,17 @@ def reduce_terms(
         return cast(xp, num, out_dtype)
     shape = tuple(terms.shape)
     if normalizer is not None:
-        if not isinstance(normalizer, (int, float)):
+        if as_number(normalizer) is None:
             check_normalizer_shape(normalizer, _out_shape(shape, axis))
         den = normalizer
     elif weights is not None:
-        den = xp.sum(xp.broadcast_to(weights, shape), axis=axis)
+        den = xp.sum(broadcast_like(xp, weights, terms), axis=axis)
     elif valid is not None:
-        den = xp.count_nonzero(xp.broadcast_to(valid, shape), axis=axis)
-    else:
-        den = math.prod(shape) if axis is None else math.prod(shape[i] for i in axis)
+        den = count_nonzero(xp, broadcast_like(xp, valid, terms), axis=axis)
+    elif None in shape:  # unknown dimension under tf.function: count at run time
+        den = count_nonzero(xp, broadcast_like(xp, True, terms), axis=axis)
+    else:  # a list, not a generator: torch.compile cannot trace a generator here
+        den = math.prod(shape) if axis is None else math.prod([shape[i] for i in axis])
     return cast(xp, _safe_divide(xp, num, den, terms.dtype), out_dtype)
 
 
@@ -138,7 +168,7 @@ def _masked_reduce(
     )
     check_floating(xp, values, "values")
     check_normalizer(normalizer, reduction)
-    axes = normalize_axis(axis, values.ndim)
+    axes = normalize_axis(axis, len(values.shape), "values")
     out_dtype, dtype = compute_dtypes(xp, values)
     valid, w = resolve_validity(xp, mask, weights, values.shape, dtype)
     terms = cast(xp, values, dtype)
@@ -210,10 +240,14 @@ def valid_count(mask: Array, /, *, weights: Array | None = None, axis: Axis = No
 
     The unweighted count is computed with integers (``count_nonzero``), so it is exact for
     any size; pass it as ``normalizer=`` after summing it across ranks or micro-batches.
+    The count is over the shape ``mask`` and ``weights`` broadcast to: a per-sample mask of
+    shape ``(N, 1)`` for ``(N, D)`` data counts samples, not entries, so broadcast it to the
+    data's shape first when the result is meant as a loss's ``normalizer``.
 
     Args:
         mask: bool or numeric (nonzero = valid), shape ``S``.
-        weights: numeric, same number of axes as ``mask`` (size-1 axes broadcast).
+        weights: numeric, same number of axes as ``mask``; size-1 axes of either broadcast.
+            Integer weights are summed in float32.
         axis: axes to reduce; None reduces all.
 
     Returns:
@@ -227,11 +261,8 @@ def valid_count(mask: Array, /, *, weights: Array | None = None, axis: Axis = No
     """
     xp = array_namespace(mask=mask, weights=weights)
     check_mask_dtype(xp, mask, "mask")
-    axes = normalize_axis(axis, mask.ndim)
-    shape = tuple(mask.shape)
-    if weights is not None:
-        check_broadcastable(weights, "weights", shape)
-        shape = tuple(max(a, b) for a, b in zip(shape, weights.shape, strict=True))
+    axes = normalize_axis(axis, len(mask.shape), "mask")
+    shape = tuple(mask.shape) if weights is None else broadcast_shapes(mask, weights)
     dtype = None
     if weights is not None:
         check_mask_dtype(xp, weights, "weights")
@@ -239,6 +270,6 @@ def valid_count(mask: Array, /, *, weights: Array | None = None, axis: Axis = No
         dtype = weights.dtype if floating else xp.float32
     valid, w = resolve_validity(xp, mask, weights, shape, dtype)
     if w is None:
-        return xp.count_nonzero(xp.broadcast_to(valid, shape), axis=axes)
+        return count_nonzero(xp, xp.broadcast_to(valid, shape), axis=axes)
     return xp.sum(xp.broadcast_to(w, shape), axis=axes)
 

@@ -8,6 +8,8 @@ few microseconds, never synchronise with a device and work unchanged under ``jax
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,8 @@ from ._errors import ArgumentError, DTypeError, ShapeError
 
 __all__ = [
     "REDUCTIONS",
+    "as_number",
+    "broadcast_shapes",
     "check_broadcastable",
     "check_eps",
     "check_floating",
@@ -76,6 +80,28 @@ def check_broadcastable(x: Any, name: str, shape: Sequence[int | None]) -> None:
             )
 
 
+def broadcast_shapes(mask: Any, weights: Any) -> tuple[int | None, ...]:
+    """The shape ``mask`` and ``weights`` broadcast to; both need the same number of axes."""
+    ms, ws = _shape(mask), _shape(weights)
+    if len(ms) != len(ws):
+        short, long_ = ("weights", "mask") if len(ws) < len(ms) else ("mask", "weights")
+        extra = ", ".join(["None"] * abs(len(ms) - len(ws)))
+        raise ShapeError(
+            f"mask and weights must have the same number of axes, got mask of shape {ms} and "
+            f"weights of shape {ws}. Add the missing size-1 axes to {short} explicitly, e.g. "
+            f"{short}[:, {extra}], so that it lines up with {long_} on the axes you mean."
+        )
+    out: list[int | None] = []
+    for i, (a, b) in enumerate(zip(ms, ws, strict=True)):
+        if a is not None and b is not None and a != b and 1 not in (a, b):
+            raise ShapeError(
+                f"mask of shape {ms} and weights of shape {ws} do not broadcast together: "
+                f"axis {i} has sizes {a} and {b}; each axis needs equal sizes or a 1."
+            )
+        out.append(b if a == 1 else a if b in (1, None) else b if a is None else a)
+    return tuple(out)
+
+
 def check_floating(xp: Any, x: Any, name: str) -> None:
     """Require a real floating dtype (predictions, targets, values)."""
     if not xp.isdtype(x.dtype, "real floating"):
@@ -114,24 +140,55 @@ def check_reduction(reduction: str) -> None:
         )
 
 
-def normalize_axis(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...] | None:
-    """Turn ``axis`` (int, tuple of ints, or None) into a sorted tuple of non-negative ints."""
+def normalize_axis(
+    axis: int | Sequence[int] | None, ndim: int, of: str = "pred"
+) -> tuple[int, ...] | None:
+    """Turn ``axis`` (int, tuple of ints, or None) into a sorted tuple of non-negative ints.
+
+    ``of`` names the array whose axes these are, for the error messages.
+    """
     if axis is None:
         return None
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(axis)
+    elif hasattr(axis, "__index__"):
+        axes = (axis,)
+    else:
+        raise ArgumentError(
+            f"axis must be None, an int or a tuple of ints, got {axis!r} "
+            f"({type(axis).__name__})."
+        )
     out = []
     for a in axes:
-        if isinstance(a, bool) or not isinstance(a, int):
-            raise ArgumentError(f"axis must be an int or a tuple of ints, got {axis!r}.")
+        if isinstance(a, bool) or not hasattr(a, "__index__"):
+            raise ArgumentError(
+                f"axis must be None, an int or a tuple of ints, got {axis!r}; "
+                f"{a!r} is a {type(a).__name__}."
+            )
+        a = operator.index(a)
         if not -ndim <= a < ndim:
             raise ArgumentError(
-                f"axis {a} is out of range for pred with {ndim} axes; use an axis in "
+                f"axis {a} is out of range for {of} with {ndim} axes; use an axis in "
                 f"[{-ndim}, {ndim - 1}]."
             )
         out.append(a % ndim)
     if len(set(out)) != len(out):
-        raise ArgumentError(f"axis {axis!r} names the same axis twice.")
+        raise ArgumentError(
+            f"axis {axis!r} names the same axis twice (axes of {of}: {tuple(sorted(out))} "
+            "after wrapping negative ones); list each axis once."
+        )
     return tuple(sorted(out))
+
+
+def as_number(x: Any) -> int | float | None:
+    """``x`` as a Python ``int``/``float`` if it is a real scalar (Python or NumPy), else None.
+
+    NumPy scalars (``np.float64(3.0)``, ``np.int64(3)``) are numbers, not arrays: they must
+    neither join the namespace check nor reach array libraries that refuse them.
+    """
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
+    return int(x) if isinstance(x, numbers.Integral) else float(x)
 
 
 def check_normalizer(normalizer: Any, reduction: str) -> None:
@@ -145,9 +202,8 @@ def check_normalizer(normalizer: Any, reduction: str) -> None:
         )
     if isinstance(normalizer, bool):
         raise ArgumentError("normalizer must be a number or an array, got a bool.")
-    if isinstance(normalizer, (int, float)) and not (
-        normalizer >= 0 and math.isfinite(normalizer)
-    ):
+    number = as_number(normalizer)
+    if number is not None and not (number >= 0 and math.isfinite(number)):
         raise ArgumentError(
             f"normalizer must be a finite number >= 0 (a valid count or weight sum), "
             f"got {normalizer!r}."

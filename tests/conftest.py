@@ -12,6 +12,7 @@ import collections
 import functools
 import importlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,11 +62,39 @@ class Backend:
         return self.jit(functools.partial(fn, **options))(*arrays)
 
     def value_and_grad(
-        self, fn: Callable[..., Any], *arrays: Any, argnums: tuple[int, ...] = (0, 1), **options: Any
+        self,
+        fn: Callable[..., Any],
+        *arrays: Any,
+        argnums: tuple[int, ...] = (0, 1),
+        **options: Any,
     ) -> tuple[np.ndarray, ...]:
         """``(sum(fn(...)), d/d arrays[i] for i in argnums)`` as NumPy arrays."""
         assert self.grad is not None, f"{self.name} has no autodiff"
         return self.grad(functools.partial(fn, **options), arrays, argnums)
+
+    @property
+    def float_dtypes(self) -> tuple[str, ...]:
+        """Names of the floating dtypes this library holds (JAX: float64 only with x64)."""
+        if self.name == "array_api_strict":
+            return ("float32", "float64")
+        if self.name == "numpy":
+            return ("float16", "float32", "float64")
+        if self.name.startswith("jax"):
+            x64 = bool(importlib.import_module("jax").config.jax_enable_x64)
+            return ("float16", "bfloat16", "float32", *(("float64",) if x64 else ()))
+        return ("float16", "bfloat16", "float32", "float64")
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        """``x`` cast to the dtype named ``dtype`` (e.g. ``"bfloat16"``) in its own library."""
+        if self.name == "tensorflow":
+            return self.xp.cast(x, getattr(self.xp, dtype))
+        return self.xp.astype(x, getattr(self.xp, dtype))
+
+    def dtype_name(self, x: Any) -> str:
+        """The dtype of ``x`` as a plain name: ``"float32"``, ``"bfloat16"``, ``"int64"``."""
+        found = re.search(r"b?float\d+|u?int\d+|bool|complex\d+", str(x.dtype))
+        assert found is not None, x.dtype
+        return found.group(0)
 
 
 def _identity_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -105,7 +134,10 @@ def _torch() -> Backend:
         out = fn(*leaves)
         total = out.sum()
         grads = torch.autograd.grad(total, [leaves[i] for i in argnums], allow_unused=True)
-        grads = [torch.zeros_like(leaves[i]) if g is None else g for i, g in zip(argnums, grads)]
+        grads = [
+            torch.zeros_like(leaves[i]) if g is None else g
+            for i, g in zip(argnums, grads, strict=True)
+        ]
         return (to_numpy(total), *(to_numpy(g) for g in grads))
 
     return Backend(
@@ -148,7 +180,10 @@ def _tensorflow() -> Backend:
         return (total.numpy(), *(g.numpy() for g in grads))
 
     return Backend(
-        "tensorflow", tf, lambda a: tf.constant(a), lambda x: np.asarray(x), _identity_jit, grad
+        "tensorflow", tf, lambda a: tf.constant(a),
+        # np.asarray of a bfloat16 tf.Tensor fails: go through float32, as torch does
+        lambda x: np.asarray(tf.cast(x, tf.float32) if x.dtype == tf.bfloat16 else x),
+        _identity_jit, grad,
     )
 
 

@@ -1,0 +1,367 @@
+"""Side-by-side timings of masked_mse against the hand-written losses users would write.
+
+Every candidate runs in this one process, alternated round by round so that drift (thermal,
+other processes) hits all of them alike; we report medians and the ratio to the naive
+hand-written masked mean ``((p - t)**2 * m).sum() / m.sum()`` of the same framework.
+
+Candidates per backend, size and mode:
+    masked_mse   this library
+    naive        ((p - t)**2 * m).sum() / m.sum()          (NaN-unsafe, the usual 3 lines)
+    where        d = where(m, p - t, 0); (d*d).sum() / m.sum()   (hand-written NaN-safe)
+    unmasked     the framework's own MSE on all entries (no mask at all)
+    floor        one streaming pass over pred: dot(p, p)
+
+Usage:
+    python benchmarks/bench.py            # full run, writes benchmarks/results.{json,md}
+    python benchmarks/bench.py --quick    # < 1 minute, small sizes, few repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SIZES = {"256x3": (256, 3), "1e5": (100_000,), "1e7": (10_000_000,)}
+QUICK_SIZES = {"256x3": (256, 3), "1e5": (100_000,)}
+CANDIDATES = ("masked_mse", "naive", "where", "unmasked", "floor")
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def make_data(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(shape, dtype=np.float32)
+    t = rng.standard_normal(shape, dtype=np.float32)
+    m = rng.random(shape) < 0.5
+    t = np.where(m, t, np.float32(0.0))  # finite garbage so that the naive version is comparable
+    return p, t, m
+
+
+# ---- the candidates, per backend ----------------------------------------------------------
+# Each backend returns {candidate: fn(p, t, m) -> scalar} for the forward pass, and the
+# arrays converted to its type. Gradients and compilation are added generically below.
+
+
+def numpy_candidates() -> dict[str, Callable[..., Any]]:
+    from masked_losses import masked_mse
+
+    def where(p: Any, t: Any, m: Any) -> Any:
+        d = np.where(m, p - t, np.float32(0.0))
+        return (d * d).sum() / m.sum()
+
+    return {
+        "masked_mse": lambda p, t, m: masked_mse(p, t, m),
+        "naive": lambda p, t, m: ((p - t) ** 2 * m).sum() / m.sum(),
+        "where": where,
+        "unmasked": lambda p, t, m: np.mean((p - t) ** 2),
+        "floor": lambda p, t, m: np.dot(p.ravel(), p.ravel()),
+    }
+
+
+def torch_candidates() -> dict[str, Callable[..., Any]]:
+    import torch
+
+    from masked_losses.torch import MaskedMSELoss
+
+    loss = MaskedMSELoss()
+
+    def where(p: Any, t: Any, m: Any) -> Any:
+        d = torch.where(m, p - t, 0.0)
+        return (d * d).sum() / m.sum()
+
+    return {
+        "masked_mse": lambda p, t, m: loss(p, t, m),
+        "naive": lambda p, t, m: ((p - t) ** 2 * m).sum() / m.sum(),
+        "where": where,
+        "unmasked": lambda p, t, m: torch.nn.functional.mse_loss(p, t),
+        "floor": lambda p, t, m: torch.dot(p.reshape(-1), p.reshape(-1)),
+    }
+
+
+def jax_candidates() -> dict[str, Callable[..., Any]]:
+    import jax.numpy as jnp
+
+    import masked_losses.jax as mlj
+
+    def where(p: Any, t: Any, m: Any) -> Any:
+        d = jnp.where(m, p - t, 0.0)
+        return (d * d).sum() / m.sum()
+
+    return {
+        "masked_mse": lambda p, t, m: mlj.masked_mse(p, t, m),
+        "naive": lambda p, t, m: ((p - t) ** 2 * m).sum() / m.sum(),
+        "where": where,
+        "unmasked": lambda p, t, m: jnp.mean((p - t) ** 2),
+        "floor": lambda p, t, m: jnp.vdot(p, p),
+    }
+
+
+def tf_candidates() -> dict[str, Callable[..., Any]]:
+    import tensorflow as tf
+
+    import masked_losses.tensorflow as mltf
+
+    def naive(p: Any, t: Any, m: Any) -> Any:
+        mf = tf.cast(m, p.dtype)
+        return tf.reduce_sum(tf.square(p - t) * mf) / tf.reduce_sum(mf)
+
+    def where(p: Any, t: Any, m: Any) -> Any:
+        d = tf.where(m, p - t, tf.zeros_like(p))
+        return tf.reduce_sum(d * d) / tf.reduce_sum(tf.cast(m, p.dtype))
+
+    return {
+        "masked_mse": lambda p, t, m: mltf.masked_mse(p, t, m),
+        "naive": naive,
+        "where": where,
+        "unmasked": lambda p, t, m: tf.reduce_mean(tf.square(p - t)),
+        "floor": lambda p, t, m: tf.tensordot(tf.reshape(p, [-1]), tf.reshape(p, [-1]), 1),
+    }
+
+
+# ---- modes: eager forward, eager forward+backward, compiled forward+backward ---------------
+
+
+def torch_modes(fns: dict[str, Callable[..., Any]], data: tuple[np.ndarray, ...]) -> Any:
+    import torch
+
+    p, t, m = (torch.from_numpy(a) for a in data)
+
+    def fwd(f: Callable[..., Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.no_grad():
+                return f(p, t, m)
+
+        return run
+
+    def fwd_bwd(f: Callable[..., Any]) -> Callable[[], Any]:
+        pg = p.clone().requires_grad_(True)
+
+        def run() -> Any:
+            pg.grad = None
+            out = f(pg, t, m)
+            out.backward()
+            return out
+
+        return run
+
+    def compiled(f: Callable[..., Any]) -> Callable[[], Any]:
+        def step(pg: Any) -> Any:
+            out = f(pg, t, m)
+            (g,) = torch.autograd.grad(out, pg)
+            return out, g
+
+        cf = torch.compile(step, fullgraph=False, dynamic=False)
+        pg = p.clone().requires_grad_(True)
+        return lambda: cf(pg)
+
+    return {"eager fwd": fwd, "eager fwd+bwd": fwd_bwd, "compiled fwd+bwd": compiled}
+
+
+def jax_modes(fns: dict[str, Callable[..., Any]], data: tuple[np.ndarray, ...]) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    p, t, m = (jnp.asarray(a) for a in data)
+
+    def fwd(f: Callable[..., Any]) -> Callable[[], Any]:
+        return lambda: f(p, t, m).block_until_ready()
+
+    def fwd_bwd(f: Callable[..., Any]) -> Callable[[], Any]:
+        vg = jax.value_and_grad(lambda x: f(x, t, m))
+        return lambda: jax.block_until_ready(vg(p))
+
+    def compiled(f: Callable[..., Any]) -> Callable[[], Any]:
+        vg = jax.jit(jax.value_and_grad(lambda x, t, m: f(x, t, m)))
+        return lambda: jax.block_until_ready(vg(p, t, m))
+
+    return {"eager fwd": fwd, "eager fwd+bwd": fwd_bwd, "compiled fwd+bwd": compiled}
+
+
+def tf_modes(fns: dict[str, Callable[..., Any]], data: tuple[np.ndarray, ...]) -> Any:
+    import tensorflow as tf
+
+    p, t, m = (tf.constant(a) for a in data)
+
+    def fwd(f: Callable[..., Any]) -> Callable[[], Any]:
+        return lambda: f(p, t, m).numpy()
+
+    def fwd_bwd(f: Callable[..., Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(p)
+                out = f(p, t, m)
+            return tape.gradient(out, p).numpy()
+
+        return run
+
+    def compiled(f: Callable[..., Any]) -> Callable[[], Any]:
+        @tf.function(jit_compile=True)
+        def step(p: Any, t: Any, m: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(p)
+                out = f(p, t, m)
+            return out, tape.gradient(out, p)
+
+        return lambda: [x.numpy() for x in step(p, t, m)]
+
+    return {"eager fwd": fwd, "eager fwd+bwd": fwd_bwd, "compiled fwd+bwd": compiled}
+
+
+def numpy_modes(fns: dict[str, Callable[..., Any]], data: tuple[np.ndarray, ...]) -> Any:
+    p, t, m = data
+    return {"eager fwd": lambda f: (lambda: f(p, t, m))}
+
+
+BACKENDS = {
+    "numpy": (numpy_candidates, numpy_modes),
+    "torch": (torch_candidates, torch_modes),
+    "jax": (jax_candidates, jax_modes),
+    "tensorflow": (tf_candidates, tf_modes),
+}
+
+
+# ---- timing -------------------------------------------------------------------------------
+
+
+def time_alternating(runs: dict[str, Callable[[], Any]], budget_s: float, max_rounds: int) -> dict:
+    """Median seconds per call of each runner, alternating the runners round by round."""
+    for run in runs.values():  # warm up (and compile)
+        run()
+        run()
+    per_call = {}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        per_call[name] = max(time.perf_counter() - start, 1e-7)
+    # repeats per sample so that one sample takes ~2 ms at least (timer resolution, dispatch)
+    reps = {name: max(1, int(2e-3 / s)) for name, s in per_call.items()}
+    rounds = max(3, min(max_rounds, int(budget_s / max(sum(per_call.values()), 1e-6))))
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(reps[name]):
+                run()
+            samples[name].append((time.perf_counter() - start) / reps[name])
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def import_times(repeats: int) -> dict[str, float]:
+    """Median wall time of a fresh interpreter importing masked_losses vs its own deps."""
+    cmds = {
+        "import masked_losses": "import masked_losses",
+        "import numpy, array_api_compat": "import numpy, array_api_compat",
+        "python (nothing)": "pass",
+    }
+    samples: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(repeats):
+        for name, code in cmds.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            samples[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 1 min)")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
+    ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json/.md")
+    args = ap.parse_args(argv)
+
+    sizes = QUICK_SIZES if args.quick else SIZES
+    budget, max_rounds = (0.2, 5) if args.quick else (2.0, 30)
+    rows = []
+    for backend in args.backends.split(","):
+        make_fns, make_modes = BACKENDS[backend]
+        fns = make_fns()
+        for size_name, shape in sizes.items():
+            modes = make_modes(fns, make_data(shape))
+            for mode, wrap in modes.items():
+                if args.quick and mode == "compiled fwd+bwd" and backend == "torch":
+                    continue  # torch.compile alone takes longer than the quick budget
+                runs = {c: wrap(fns[c]) for c in CANDIDATES if not (c == "floor" and "bwd" in mode)}
+                medians = time_alternating(runs, budget, max_rounds)
+                base = medians["naive"]
+                for cand, sec in medians.items():
+                    rows.append(
+                        {"backend": backend, "size": size_name, "mode": mode, "candidate": cand,
+                         "median_us": sec * 1e6, "ratio_to_naive": sec / base}
+                    )
+                line = "  ".join(f"{c}={medians[c] * 1e6:9.1f}us" for c in medians)
+                print(f"{backend:>10} {size_name:>6} {mode:<17} {line}", flush=True)
+
+    imports = import_times(3 if args.quick else 15)
+    base_import = imports["import numpy, array_api_compat"]
+    print("import times: " + ", ".join(f"{k}={v * 1e3:.1f}ms" for k, v in imports.items()))
+    print(f"import masked_losses / import numpy, array_api_compat = "
+          f"{imports['import masked_losses'] / base_import:.3f}")
+
+    meta = {
+        "python": platform.python_version(), "machine": platform.machine(),
+        "cpus": os.cpu_count(), "quick": args.quick,
+        "versions": _versions(args.backends.split(",")),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "import_s": imports}, indent=2)
+    )
+    (args.out / "results.md").write_text(markdown_table(rows, imports, meta))
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
+    return 0
+
+
+def _versions(backends: list[str]) -> dict[str, str]:
+    import array_api_compat
+
+    import masked_losses
+
+    out = {"masked_losses": masked_losses.__version__, "numpy": np.__version__,
+           "array_api_compat": array_api_compat.__version__}
+    for mod in ("torch", "jax", "tensorflow"):
+        if mod in sys.modules:
+            out[mod] = sys.modules[mod].__version__
+    return out
+
+
+def markdown_table(rows: list[dict], imports: dict[str, float], meta: dict) -> str:
+    lines = [
+        "| backend | size | mode | masked_mse | naive | where | unmasked | floor | masked_mse / naive |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    keyed: dict[tuple[str, str, str], dict[str, dict]] = {}
+    for r in rows:
+        keyed.setdefault((r["backend"], r["size"], r["mode"]), {})[r["candidate"]] = r
+    for (backend, size, mode), cands in keyed.items():
+        cells = [f"{cands[c]['median_us']:.1f} µs" if c in cands else "" for c in CANDIDATES]
+        ratio = cands["masked_mse"]["ratio_to_naive"]
+        lines.append(f"| {backend} | {size} | {mode} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    ratio = imports["import masked_losses"] / imports["import numpy, array_api_compat"]
+    lines += [
+        "",
+        f"Import: `import masked_losses` {imports['import masked_losses'] * 1e3:.0f} ms, "
+        f"`import numpy, array_api_compat` {imports['import numpy, array_api_compat'] * 1e3:.0f} ms "
+        f"(ratio {ratio:.2f}).",
+        "",
+        f"Machine: {meta['cpus']} CPUs, {meta['machine']}, Python {meta['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
