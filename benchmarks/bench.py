@@ -74,16 +74,14 @@ def numpy_candidates() -> dict[str, Callable[..., Any]]:
 def torch_candidates() -> dict[str, Callable[..., Any]]:
     import torch
 
-    from masked_losses.torch import MaskedMSELoss
-
-    loss = MaskedMSELoss()
+    from masked_losses import masked_mse
 
     def where(p: Any, t: Any, m: Any) -> Any:
         d = torch.where(m, p - t, 0.0)
         return (d * d).sum() / m.sum()
 
     return {
-        "masked_mse": lambda p, t, m: loss(p, t, m),
+        "masked_mse": lambda p, t, m: masked_mse(p, t, m),
         "naive": lambda p, t, m: ((p - t) ** 2 * m).sum() / m.sum(),
         "where": where,
         "unmasked": lambda p, t, m: torch.nn.functional.mse_loss(p, t),
@@ -339,7 +337,8 @@ def _versions(backends: list[str]) -> dict[str, str]:
 
 def markdown_table(rows: list[dict], imports: dict[str, float], meta: dict) -> str:
     lines = [
-        "| backend | size | mode | masked_mse | naive | where | unmasked | floor | masked_mse / naive |",
+        "| backend | size | mode | masked_mse | naive | where | unmasked | floor "
+        "| masked_mse / naive |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     keyed: dict[tuple[str, str, str], dict[str, dict]] = {}
@@ -353,7 +352,8 @@ def markdown_table(rows: list[dict], imports: dict[str, float], meta: dict) -> s
     lines += [
         "",
         f"Import: `import masked_losses` {imports['import masked_losses'] * 1e3:.0f} ms, "
-        f"`import numpy, array_api_compat` {imports['import numpy, array_api_compat'] * 1e3:.0f} ms "
+        f"`import numpy, array_api_compat` "
+        f"{imports['import numpy, array_api_compat'] * 1e3:.0f} ms "
         f"(ratio {ratio:.2f}).",
         "",
         f"Machine: {meta['cpus']} CPUs, {meta['machine']}, Python {meta['python']}; "

@@ -12,8 +12,17 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._errors import DTypeError, LabelError, ShapeError
+from ._fastpath import squared_error_sum
 from ._namespace import array_namespace, is_traced
-from ._reduce import Array, Axis, cast, normalizer_array, reduce_terms, resolve_validity
+from ._reduce import (
+    Array,
+    Axis,
+    cast,
+    finish_reduction,
+    normalizer_array,
+    reduce_terms,
+    resolve_validity,
+)
 from ._validate import (
     check_eps,
     check_floating,
@@ -87,6 +96,13 @@ def _apply(
     xp, axes, out_dtype, dtype = _prepare(pred, target, mask, weights, reduction, axis, normalizer)
     valid, w = resolve_validity(xp, mask, weights, pred.shape, dtype)
     p, t = cast(xp, pred, dtype), cast(xp, target, dtype)
+    if fn is _squared_error and axes is None and reduction != "none":
+        num = squared_error_sum(xp, p, t, valid, w, dtype)
+        if num is not None:  # a per-backend kernel computed the same numerator faster
+            return finish_reduction(
+                xp, num, p, valid, w, reduction=reduction, axis=None, normalizer=normalizer,
+                out_dtype=out_dtype,
+            )
     if valid is not None:
         p, t = xp.where(valid, p, fill), xp.where(valid, t, fill)
     terms = fn(p, t)

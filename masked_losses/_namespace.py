@@ -7,9 +7,10 @@ a ``tf.Tensor`` is routed to the small shim in :mod:`masked_losses._tf_shim`, im
 when such a tensor is seen.
 
 The core uses only this subset of the Array API, which is what a shim must provide:
-``where``, ``sum``, ``count_nonzero``, ``astype``, ``asarray``, ``broadcast_to``, ``any``,
-``min``, ``isnan``, ``isdtype``, ``result_type``, ``finfo``, ``float32`` and the array
-operators ``+ - * / == != < &`` together with ``.shape``, ``.ndim`` and ``.dtype``.
+``where``, ``sum``, ``count_nonzero``, ``maximum``, ``astype``, ``asarray``,
+``broadcast_to``, ``any``, ``min``, ``isnan``, ``isdtype``, ``result_type``, ``finfo``,
+``float32`` and the array operators ``+ - * / == != < &`` together with ``.shape``,
+``.ndim`` and ``.dtype``.
 """
 
 from __future__ import annotations

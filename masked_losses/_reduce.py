@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ._fastpath import divide_by_count
 from ._namespace import array_namespace
 from ._validate import (
     as_number,
@@ -25,7 +26,14 @@ from ._validate import (
     normalize_axis,
 )
 
-__all__ = ["masked_mean", "masked_sum", "reduce_terms", "resolve_validity", "valid_count"]
+__all__ = [
+    "finish_reduction",
+    "masked_mean",
+    "masked_sum",
+    "reduce_terms",
+    "resolve_validity",
+    "valid_count",
+]
 
 Array = Any
 Axis = int | Sequence[int] | None
@@ -44,24 +52,29 @@ def normalizer_array(normalizer: Any) -> Array | None:
 
 
 def resolve_validity(
-    xp: Any, mask: Array | None, weights: Array | None, shape: Sequence[int], dtype: Any
+    xp: Any,
+    mask: Array | None,
+    weights: Array | None,
+    shape: Sequence[int],
+    dtype: Any,
+    of: str = "pred",
 ) -> tuple[Array | None, Array | None]:
     """Combine ``mask`` and ``weights`` into ``(valid, weights)``.
 
     An entry is valid where the mask is nonzero *and* the weight is nonzero. The returned
     weights are in ``dtype`` and exactly zero wherever the entry is not valid (even if the
     caller's weight there was NaN). Both are broadcastable to ``shape``; ``None`` stands for
-    "all valid" and "unweighted".
+    "all valid" and "unweighted". ``of`` names the array of shape ``shape`` in errors.
     """
     valid = None
     if mask is not None:
         check_mask_dtype(xp, mask, "mask")
-        check_broadcastable(mask, "mask", shape)
+        check_broadcastable(mask, "mask", shape, of)
         valid = mask if xp.isdtype(mask.dtype, "bool") else mask != 0
     if weights is None:
         return valid, None
     check_mask_dtype(xp, weights, "weights")
-    check_broadcastable(weights, "weights", shape)
+    check_broadcastable(weights, "weights", shape, of)
     w = cast(xp, weights, dtype)
     nonzero = w != 0
     valid = nonzero if valid is None else valid & nonzero
@@ -136,9 +149,43 @@ def reduce_terms(
     weighted = terms if weights is None else terms * weights
     if reduction == "none":
         return cast(xp, weighted, out_dtype)
-    num = xp.sum(weighted, axis=axis)
+    return finish_reduction(
+        xp, xp.sum(weighted, axis=axis), terms, valid, weights, reduction=reduction,
+        axis=axis, normalizer=normalizer, out_dtype=out_dtype,
+    )
+
+
+def finish_reduction(
+    xp: Any,
+    num: Array,
+    like: Array,
+    valid: Array | None,
+    weights: Array | None,
+    *,
+    reduction: str,
+    axis: tuple[int, ...] | None,
+    normalizer: Any,
+    out_dtype: Any,
+) -> Array:
+    """Turn the reduced numerator ``num = Σ w·terms`` into the ``"sum"`` or ``"mean"``.
+
+    Args:
+        xp: the array namespace.
+        num: the numerator, reduced over ``axis``, in the compute dtype.
+        like: any array of the full elementwise shape ``S`` in the compute dtype.
+        valid: as for :func:`reduce_terms`.
+        weights: as for :func:`reduce_terms`.
+        reduction: ``"mean"`` or ``"sum"``.
+        axis: normalised axes that ``num`` was reduced over, or None for all.
+        normalizer: replaces the denominator of ``"mean"``, or None.
+        out_dtype: dtype of the result.
+
+    Returns:
+        ``num`` (sum) or ``num / Σ w`` (mean; exactly 0 where the denominator is 0).
+    """
     if reduction == "sum":
         return cast(xp, num, out_dtype)
+    terms = like
     shape = tuple(terms.shape)
     if normalizer is not None:
         if as_number(normalizer) is None:
@@ -146,8 +193,9 @@ def reduce_terms(
         den = normalizer
     elif weights is not None:
         den = xp.sum(broadcast_like(xp, weights, terms), axis=axis)
-    elif valid is not None:
-        den = count_nonzero(xp, broadcast_like(xp, valid, terms), axis=axis)
+    elif valid is not None:  # an exact integer count: 0 only where num is exactly 0 too
+        count = count_nonzero(xp, broadcast_like(xp, valid, terms), axis=axis)
+        return cast(xp, divide_by_count(xp, num, count, terms.dtype), out_dtype)
     elif None in shape:  # unknown dimension under tf.function: count at run time
         den = count_nonzero(xp, broadcast_like(xp, True, terms), axis=axis)
     else:  # a list, not a generator: torch.compile cannot trace a generator here
@@ -170,7 +218,7 @@ def _masked_reduce(
     check_normalizer(normalizer, reduction)
     axes = normalize_axis(axis, len(values.shape), "values")
     out_dtype, dtype = compute_dtypes(xp, values)
-    valid, w = resolve_validity(xp, mask, weights, values.shape, dtype)
+    valid, w = resolve_validity(xp, mask, weights, values.shape, dtype, "values")
     terms = cast(xp, values, dtype)
     if valid is not None:
         terms = xp.where(valid, terms, 0.0)

@@ -314,6 +314,11 @@ class TensorFlowNamespace:
         dtype = self.result_type(x1, x2)
         return tf.where(condition, self.asarray(x1, dtype=dtype), self.asarray(x2, dtype=dtype))
 
+    def maximum(self, x1: Any, x2: Any, /) -> tf.Tensor:
+        """Elementwise maximum, promoting like :meth:`where` (Python scalars welcome)."""
+        dtype = self.result_type(x1, x2)
+        return tf.maximum(self.asarray(x1, dtype=dtype), self.asarray(x2, dtype=dtype))
+
     def isnan(self, x: Any, /) -> tf.Tensor:
         """Elementwise NaN test; always False for integer and bool tensors."""
         if x.dtype in _FLOATS:

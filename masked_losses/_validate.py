@@ -40,6 +40,8 @@ def _shape(x: Any) -> tuple[int | None, ...]:
 
 def check_same_shape(pred: Any, target: Any) -> None:
     """Require ``pred`` and ``target`` to have exactly the same shape (no broadcasting)."""
+    if pred.shape == target.shape and None not in pred.shape:
+        return
     ps, ts = _shape(pred), _shape(target)
     same = len(ps) == len(ts) and all(
         a is None or b is None or a == b for a, b in zip(ps, ts, strict=True)
@@ -57,8 +59,15 @@ def check_same_shape(pred: Any, target: Any) -> None:
         )
 
 
-def check_broadcastable(x: Any, name: str, shape: Sequence[int | None]) -> None:
-    """Require ``x`` to have ``len(shape)`` axes, each equal to ``shape``'s or 1."""
+def check_broadcastable(
+    x: Any, name: str, shape: Sequence[int | None], of: str = "pred"
+) -> None:
+    """Require ``x`` to have ``len(shape)`` axes, each equal to ``shape``'s or 1.
+
+    ``of`` names the array of shape ``shape`` (``pred``, ``values``), for the messages.
+    """
+    if x.shape == shape and None not in shape:
+        return
     xs = _shape(x)
     if len(xs) != len(shape):
         hint = ""
@@ -69,13 +78,13 @@ def check_broadcastable(x: Any, name: str, shape: Sequence[int | None]) -> None:
                 f"add the missing axes explicitly, e.g. {name}[:, {extra}]."
             )
         raise ShapeError(
-            f"{name} must have pred's number of axes ({len(shape)}), got {name} of shape "
-            f"{xs} for pred of shape {tuple(shape)}.{hint}"
+            f"{name} must have {of}'s number of axes ({len(shape)}), got {name} of shape "
+            f"{xs} for {of} of shape {tuple(shape)}.{hint}"
         )
     for i, (a, b) in enumerate(zip(xs, shape, strict=True)):
         if a is not None and b is not None and a != 1 and a != b:
             raise ShapeError(
-                f"{name} of shape {xs} does not broadcast to pred's shape {tuple(shape)}: "
+                f"{name} of shape {xs} does not broadcast to {of}'s shape {tuple(shape)}: "
                 f"axis {i} has size {a}, expected {b} or 1."
             )
 
@@ -102,9 +111,24 @@ def broadcast_shapes(mask: Any, weights: Any) -> tuple[int | None, ...]:
     return tuple(out)
 
 
+_ISDTYPE_CACHE: dict[tuple[Any, Any, Any], bool] = {}
+
+
+def _isdtype(xp: Any, dtype: Any, kind: str | tuple[str, ...]) -> bool:
+    """``xp.isdtype(dtype, kind)``, memoised: it runs on every call of every loss."""
+    key = (xp, dtype, kind)
+    try:
+        return _ISDTYPE_CACHE[key]
+    except KeyError:
+        result = _ISDTYPE_CACHE[key] = bool(xp.isdtype(dtype, kind))
+        return result
+    except TypeError:  # an unhashable dtype: ask every time
+        return bool(xp.isdtype(dtype, kind))
+
+
 def check_floating(xp: Any, x: Any, name: str) -> None:
     """Require a real floating dtype (predictions, targets, values)."""
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not _isdtype(xp, x.dtype, "real floating"):
         raise DTypeError(
             f"{name} must have a real floating dtype, got {x.dtype}. Cast it first, "
             f"e.g. {name}.astype(float32) in NumPy or {name}.float() in PyTorch."
@@ -113,7 +137,7 @@ def check_floating(xp: Any, x: Any, name: str) -> None:
 
 def check_mask_dtype(xp: Any, x: Any, name: str) -> None:
     """Require a bool or real numeric dtype (masks, weights)."""
-    if not xp.isdtype(x.dtype, ("bool", "integral", "real floating")):
+    if not _isdtype(xp, x.dtype, ("bool", "integral", "real floating")):
         raise DTypeError(
             f"{name} must be bool or real numeric (nonzero means valid), got {x.dtype}."
         )
@@ -125,7 +149,21 @@ def compute_dtypes(xp: Any, *arrays: Any) -> tuple[Any, Any]:
     The result dtype follows type promotion of the inputs; 16-bit floats are computed in
     float32 so that sums neither overflow nor lose the small terms.
     """
-    out = arrays[0].dtype if len(arrays) == 1 else xp.result_type(*(a.dtype for a in arrays))
+    key = (xp, *(a.dtype for a in arrays))
+    try:
+        return _DTYPES_CACHE[key]
+    except KeyError:
+        result = _DTYPES_CACHE[key] = _compute_dtypes(xp, key[1:])
+        return result
+    except TypeError:  # an unhashable dtype: work it out every time
+        return _compute_dtypes(xp, key[1:])
+
+
+_DTYPES_CACHE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
+def _compute_dtypes(xp: Any, dtypes: tuple[Any, ...]) -> tuple[Any, Any]:
+    out = dtypes[0] if len(dtypes) == 1 else xp.result_type(*dtypes)
     if xp.finfo(out).bits < 32:
         return out, xp.float32
     return out, out

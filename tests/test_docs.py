@@ -1,9 +1,10 @@
 """The docs are tested: every ```python block runs, and the site builds with --strict.
 
-Each fenced block whose info string starts with ``python`` in ``docs/**/*.md`` is one test
-(id ``page.md:line``). The blocks of one page run in order in one fresh namespace, so a block
-may use names defined by the blocks above it; running a single block (``-k``) first runs the
-blocks above it on its page. Tracebacks point at the Markdown file and line.
+Each fenced block whose info string starts with ``python`` in ``docs/**/*.md`` and in
+``README.md`` is one test (id ``docs/page.md:line``). The blocks of one page run in order in
+one fresh namespace, so a block may use names defined by the blocks above it; running a
+single block (``-k``) first runs the blocks above it on its page. Tracebacks point at the
+Markdown file and line.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.page.relative_to(DOCS).as_posix()}:{self.line}"
+        return f"{self.page.relative_to(ROOT).as_posix()}:{self.line}"
 
 
 def extract_blocks(page: Path) -> list[Block]:
@@ -68,7 +69,8 @@ def extract_blocks(page: Path) -> list[Block]:
     return blocks
 
 
-PAGES = sorted(DOCS.rglob("*.md"))
+# The README's examples are docs too: they run like a page.
+PAGES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]
 BLOCKS = [b for page in PAGES for b in extract_blocks(page)]
 
 

@@ -51,31 +51,33 @@ def _close(b: Any, out: Any, want: np.ndarray, rtol: float = 1e-6) -> None:
 
 
 def test_valid_count_is_an_exact_integer_beyond_float32_integers(xp):
-    n = 2**24 + 1  # the first integer float32 cannot hold: summing float32 ones gives 2**24
+    n = 2**24 + 3
     mask = np.ones(n, dtype=bool)
     mask[0] = False
     mask[-1] = False
     out = xp.run(ml.valid_count, xp.asarray(mask))
     assert "int" in xp.dtype_name(out), f"the count must be an integer, got {out.dtype}"
-    assert int(xp.to_numpy(out)) == n - 2
+    # 2**24 + 1 is the first integer float32 cannot hold: no float32 sum of ones gives it
+    assert int(xp.to_numpy(out)) == 2**24 + 1
 
 
 def test_mean_denominator_is_exact_for_more_than_2_24_valid_entries(xp):
-    # (5120, 4096) float32 with a per-sample (5120, 1) mask: 5119 * 4096 = 20_967_424 valid
-    # entries, a multiple of 4096 so float32 holds it exactly; a float32 running sum of ones
-    # would stop at 2**24 and make the mean 25% too large.
-    rows, cols = 5 * 2**10, 2**12
+    # (4098, 4097) values with a per-sample (4098, 1) mask that drops one row: 4097**2 =
+    # 16_785_409 valid entries, an odd number above 2**24 that no float32 sum of ones can
+    # produce. The mean of ones is then exactly 1 in float64; a float32-counted denominator
+    # would be off by 6e-8. (JAX without x64 has no float64: float32 there, exact to rounding.)
+    dtype = "float64" if "float64" in xp.float_dtypes else "float32"
+    rows, cols = 4098, 4097
     mask = np.ones((rows, 1), dtype=bool)
     mask[0] = False
-    target = np.zeros((rows, cols), dtype=np.float32)
-    target[0] = np.nan  # the masked row holds garbage
-    target[-1, -1] = 3.0
-    pred = np.zeros((rows, cols), dtype=np.float32)
-    out = xp.run(ml.masked_mse, xp.asarray(pred), xp.asarray(target), xp.asarray(mask))
-    n_valid = (rows - 1) * cols
-    assert n_valid > 2**24
-    assert xp.dtype_name(out) == "float32"
-    _close(xp, out, np.float64(9.0) / n_valid, rtol=1e-6)
+    values = np.ones((rows, cols), dtype=dtype)
+    values[0] = np.nan  # the masked row holds garbage
+    out = xp.run(ml.masked_mean, xp.asarray(values), xp.asarray(mask))
+    assert (rows - 1) * cols > 2**24
+    assert xp.dtype_name(out) == dtype
+    np.testing.assert_allclose(
+        np.float64(xp.to_numpy(out)), 1.0, rtol=1e-15 if dtype == "float64" else 1e-6, atol=0
+    )
 
 
 # ---- dtypes ------------------------------------------------------------------------
@@ -148,7 +150,8 @@ def test_axis_gives_per_task_and_per_sample_losses(xp, reduction):
     pred, target, mask = _data(1, (7, 4))
     sq = _sq(pred, target, mask)
     args = (xp.asarray(pred), xp.asarray(target), xp.asarray(mask))
-    for axis, np_axis in ((0, 0), (-1, 1), (1, 1), ((0, 1), None), ((1, -2), None), (None, None)):
+    cases = ((0, 0), (-1, 1), (1, 1), ((0, 1), None), ((1, -2), None), (None, None), ((), ()))
+    for axis, np_axis in cases:  # axis=() reduces nothing: the per-entry loss
         out = xp.run(ml.masked_mse, *args, reduction=reduction, axis=axis)
         num = np.sum(sq, axis=np_axis)
         want = num if reduction == "sum" else _mean(num, np.sum(mask, axis=np_axis))
