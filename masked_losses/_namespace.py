@@ -23,7 +23,7 @@ import array_api_compat
 
 from ._errors import BackendError
 
-__all__ = ["array_namespace", "is_traced"]
+__all__ = ["array_namespace", "is_compiling", "is_traced"]
 
 _NAMESPACE_BY_TYPE: dict[type, Any] = {}
 
@@ -111,3 +111,13 @@ def is_traced(x: Any) -> bool:
         tf: ModuleType | None = sys.modules.get("tensorflow")
         return tf is not None and not (tf.executing_eagerly() and hasattr(x, "numpy"))
     return False
+
+
+def is_compiling() -> bool:
+    """True while ``torch.compile`` traces (Dynamo): skip Python-level caches then.
+
+    Dynamo would have to hash every key of a cache dictionary, and the keys of a cache
+    shared by all backends include NumPy dtypes, whose C-level hash it cannot trace.
+    """
+    torch: ModuleType | None = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())

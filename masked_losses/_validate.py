@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._errors import ArgumentError, DTypeError, ShapeError
+from ._namespace import is_compiling
 
 __all__ = [
     "REDUCTIONS",
@@ -116,6 +117,8 @@ _ISDTYPE_CACHE: dict[tuple[Any, Any, Any], bool] = {}
 
 def _isdtype(xp: Any, dtype: Any, kind: str | tuple[str, ...]) -> bool:
     """``xp.isdtype(dtype, kind)``, memoised: it runs on every call of every loss."""
+    if is_compiling():
+        return bool(xp.isdtype(dtype, kind))
     key = (xp, dtype, kind)
     try:
         return _ISDTYPE_CACHE[key]
@@ -150,6 +153,8 @@ def compute_dtypes(xp: Any, *arrays: Any) -> tuple[Any, Any]:
     float32 so that sums neither overflow nor lose the small terms.
     """
     key = (xp, *(a.dtype for a in arrays))
+    if is_compiling():
+        return _compute_dtypes(xp, key[1:])
     try:
         return _DTYPES_CACHE[key]
     except KeyError:
