@@ -30,5 +30,11 @@ test: $(STAMP) lint
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
+# Side-by-side timings (~2 min on 2 cores): benchmarks/results.{json,md} and the figure in
+# docs/assets/benchmarks/ (see docs/benchmarks.md). `$(PY) benchmarks/bench.py --quick` < 1 min.
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/plot.py
+
 clean:
 	rm -rf $(VENV) site .pytest_cache .hypothesis

@@ -14,7 +14,7 @@ Candidates per backend, size and mode:
 Usage:
     python benchmarks/bench.py            # full run, writes benchmarks/results.{json,md}
     python benchmarks/bench.py --quick    # < 1 minute, small sizes, few repeats
-    python benchmarks/plot.py             # benchmarks/results.png from results.json
+    python benchmarks/plot.py             # the figure in docs/assets/benchmarks/
 """
 
 from __future__ import annotations
@@ -177,14 +177,19 @@ def torch_modes(fns: dict[str, Callable[..., Any]], data: tuple[np.ndarray, ...]
         return run
 
     def compiled(f: Callable[..., Any]) -> Callable[[], Any]:
-        def step(pg: Any) -> Any:
-            out = f(pg, t, m)
-            (g,) = torch.autograd.grad(out, pg)
-            return out, g
-
-        cf = torch.compile(step, fullgraph=False, dynamic=False)
+        # How torch.compile is used in training: the forward is compiled (in one graph:
+        # fullgraph=True), and backward() runs the backward graph AOTAutograd compiled with
+        # it. (torch.autograd.grad inside the compiled function would break the graph.)
+        cf = torch.compile(f, fullgraph=True, dynamic=False)
         pg = p.clone().requires_grad_(True)
-        return lambda: cf(pg)
+
+        def run() -> Any:
+            pg.grad = None
+            out = cf(pg, t, m)
+            out.backward()
+            return out, pg.grad
+
+        return run
 
     return {"eager fwd": fwd, "eager fwd+bwd": fwd_bwd, "compiled fwd+bwd": compiled}
 
@@ -256,19 +261,28 @@ BACKENDS = {
 # ---- timing -------------------------------------------------------------------------------
 
 
-def time_alternating(runs: dict[str, Callable[[], Any]], budget_s: float, max_rounds: int) -> dict:
-    """Median seconds per call of each runner, alternating the runners round by round."""
+def time_alternating(
+    runs: dict[str, Callable[[], Any]], budget_s: float, max_rounds: int, sample_s: float = 2e-3
+) -> dict:
+    """Median seconds per call of each runner, alternating the runners round by round.
+
+    A sample repeats a runner for at least ``sample_s`` (timer resolution, dispatch noise);
+    rounds go on until ``budget_s`` is spent or ``max_rounds`` are done (at least 3).
+    """
     for run in runs.values():  # warm up (and compile)
         run()
         run()
     per_call = {}
     for name, run in runs.items():
-        start = time.perf_counter()
-        run()
-        per_call[name] = max(time.perf_counter() - start, 1e-7)
-    # repeats per sample so that one sample takes ~2 ms at least (timer resolution, dispatch)
-    reps = {name: max(1, int(2e-3 / s)) for name, s in per_call.items()}
-    rounds = max(3, min(max_rounds, int(budget_s / max(sum(per_call.values()), 1e-6))))
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        per_call[name] = max(best, 1e-7)
+    reps = {name: max(1, round(sample_s / s)) for name, s in per_call.items()}
+    round_s = sum(reps[name] * s for name, s in per_call.items())
+    rounds = max(3, min(max_rounds, int(budget_s / round_s)))
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
@@ -307,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*functools.lru_cache")
 
     sizes = QUICK_SIZES if args.quick else SIZES
-    budget, max_rounds = (0.2, 5) if args.quick else (2.0, 30)
+    budget, max_rounds, sample_s = (0.2, 5, 2e-3) if args.quick else (4.0, 50, 5e-3)
     rows = []
     for backend in args.backends.split(","):
         make_fns, make_modes = BACKENDS[backend]
@@ -319,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                         and size_name != next(iter(sizes)):
                     continue  # torch.compile takes seconds per candidate: one size is enough
                 runs = {c: wrap(fns[c]) for c in candidates_for(mode)}
-                medians = time_alternating(runs, budget, max_rounds)
+                medians = time_alternating(runs, budget, max_rounds, sample_s)
                 base = medians["naive"]
                 for cand, sec in medians.items():
                     rows.append(
@@ -384,6 +398,10 @@ def check_targets(rows: list[dict], imports: dict[str, float]) -> list[dict]:
     return out
 
 
+def _duration(us: float) -> str:
+    return f"{us / 1000:.1f} ms" if us >= 1000 else f"{us:.1f} µs"
+
+
 def markdown_table(
     rows: list[dict], imports: dict[str, float], meta: dict, checks: list[dict]
 ) -> str:
@@ -396,7 +414,7 @@ def markdown_table(
     for r in rows:
         keyed.setdefault((r["backend"], r["size"], r["mode"]), {})[r["candidate"]] = r
     for (backend, size, mode), cands in keyed.items():
-        cells = [f"{cands[c]['median_us']:.1f} µs" if c in cands else "" for c in CANDIDATES]
+        cells = [_duration(cands[c]["median_us"]) if c in cands else "" for c in CANDIDATES]
         ratio = cands["masked_mse"]["ratio_to_naive"]
         lines.append(f"| {backend} | {size} | {mode} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     ratio = imports["import masked_losses"] / imports["import numpy, array_api_compat"]

@@ -5,7 +5,7 @@ on a log scale. The grey line is the naive hand-written version (ratio 1); a red
 a group marks issue 5's target for masked_mse in that cell.
 
 Usage:
-    python benchmarks/plot.py                      # benchmarks/results.json -> results.png
+    python benchmarks/plot.py       # benchmarks/results.json -> docs/assets/benchmarks/results.png
     python benchmarks/plot.py --results R.json --out R.png
 """
 
@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 
 HERE = Path(__file__).resolve().parent
 MODES = ("eager fwd", "eager fwd+bwd", "compiled fwd+bwd")
@@ -58,11 +59,19 @@ def plot(results: dict, out: Path) -> Path:
                           ax.get_legend_handles_labels()[1] else None)
         ax.axhline(1.0, color="#616161", lw=0.8, ls="--")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xticks(range(len(cells)), [f"{b}\n{s}" for b, s in cells], fontsize=8)
         ax.set_ylabel("time / naive")
         ax.set_title(mode, fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0, 0].legend(ncol=6, fontsize=8, loc="upper left")
+    handles: dict[str, object] = {}
+    for ax in axes[:, 0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles),
+               fontsize=8, bbox_to_anchor=(0.5, 0.955), frameon=False)
     imports = results["import_s"]
     base = imports["import numpy, array_api_compat"]
     fig.suptitle(
@@ -70,7 +79,7 @@ def plot(results: dict, out: Path) -> Path:
         f"(import masked_losses: {imports['import masked_losses'] / base:.2f}x "
         "import numpy, array_api_compat)", fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -80,7 +89,7 @@ def plot(results: dict, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results.json")
-    ap.add_argument("--out", type=Path, default=HERE / "results.png")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "docs/assets/benchmarks/results.png")
     args = ap.parse_args(argv)
     path = plot(json.loads(args.results.read_text()), args.out)
     print(f"wrote {path}")

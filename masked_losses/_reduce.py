@@ -116,6 +116,8 @@ def broadcast_like(xp: Any, x: Any, like: Array) -> Array:
     """
     shape = tuple(like.shape)
     if None not in shape:
+        if hasattr(x, "shape") and tuple(x.shape) == shape:
+            return x  # already that shape (the common case): no op to dispatch
         return xp.broadcast_to(x, shape)
     return xp.where(xp.isnan(like), x, x)
 

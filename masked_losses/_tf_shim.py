@@ -349,8 +349,19 @@ class TensorFlowNamespace:
         return tf.reduce_sum(x, axis=_axis(axis), keepdims=keepdims)
 
     def count_nonzero(self, x: Any, /, *, axis: Axis = None, keepdims: bool = False) -> tf.Tensor:
-        """Number of nonzero (True) entries over ``axis``, as ``int64``."""
-        return tf.math.count_nonzero(x, axis=_axis(axis), keepdims=keepdims, dtype=tf.int64)
+        """Number of nonzero (True) entries over ``axis``, as ``int64``.
+
+        Summed in ``int32`` when ``x`` has a known size below 2**31 (no count can overflow
+        it), else in ``int64``: XLA on CPU vectorises the int32 sum, not the int64 one that
+        ``tf.math.count_nonzero`` does (~15% of ``masked_mse``'s time at 1e5-1e7 entries).
+        """
+        x = self.asarray(x)
+        if x.dtype != tf.bool:
+            x = tf.not_equal(x, tf.zeros((), x.dtype))
+        size = x.shape.num_elements()
+        acc = tf.int32 if size is not None and size < 2**31 else tf.int64
+        count = tf.reduce_sum(tf.cast(x, acc), axis=_axis(axis), keepdims=keepdims)
+        return count if acc == tf.int64 else tf.cast(count, tf.int64)
 
     def any(self, x: Any, /, *, axis: Axis = None, keepdims: bool = False) -> tf.Tensor:
         """Whether any entry over ``axis`` is nonzero (True)."""

@@ -103,7 +103,7 @@ def test_quick_markdown_has_the_table(quick_results: tuple[dict, str]) -> None:
     lines = md.splitlines()
     header = "| backend | size | mode | masked_mse | naive | where | unmasked | floor "
     assert any(line.startswith(header) for line in lines)
-    table = [line for line in lines if line.startswith("| ") and " µs " in line]
+    table = [line for line in lines if line.startswith(tuple(f"| {b} |" for b in BACKENDS))]
     n_cells = len({(r["backend"], r["size"], r["mode"]) for r in results["rows"]})
     assert len(table) == n_cells
     for r in results["rows"]:
@@ -201,3 +201,74 @@ def test_targets_are_checked_against_the_right_cells() -> None:
     got = {(c["backend"], c["size"]): c["met"] for c in bench.check_targets(rows, imports)}
     assert got == {("numpy", "1e7"): True, ("torch", "1e7"): False, ("jax", "256x3"): False,
                    ("tensorflow", "1e5"): True, ("-", "-"): True}
+
+
+def test_tensorflow_xla_kernel_engages_only_under_jit_compile() -> None:
+    """The XLA-only TensorFlow kernel (see masked_losses/_fastpath.py) is used where meant."""
+    tf = require("tensorflow")
+    from masked_losses import _fastpath
+
+    seen: list[bool] = []
+
+    def probe(x: Any) -> Any:
+        seen.append(_fastpath._in_xla_context())
+        return x * 2
+
+    x = tf.constant([1.0, 2.0])
+    probe(x)
+    tf.function(probe)(x)
+    tf.function(probe, jit_compile=True)(x)
+    tf.function(lambda x: tf.function(probe)(x), jit_compile=True)(x)  # nested in XLA
+    assert seen == [False, False, True, True]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 65535, 65536, 65537, 3 * 65536 + 5])
+def test_numpy_blocked_kernel_matches_oracle(n: int, dtype: type) -> None:
+    """The NumPy fast path works block by block (2**16 entries): check every block edge."""
+    from masked_losses import _fastpath, masked_mse
+
+    assert _fastpath._NUMPY_BLOCK == 65536
+    rng = np.random.default_rng(n)
+    p = rng.standard_normal(n).astype(dtype)
+    t = rng.standard_normal(n).astype(dtype)
+    m = rng.random(n) < 0.5
+    m[-1] = True  # an entry in the last (partial) block counts
+    t_bad = np.where(m, t, np.nan).astype(dtype)  # NaN wherever masked
+    p_bad = np.where(m | (np.arange(n) % 3 > 0), p, np.inf).astype(dtype)
+    want = ((p[m].astype(np.float64) - t[m]) ** 2).mean()
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    got = masked_mse(p_bad, t_bad, m)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(float(got), want, rtol=rtol)
+    # 2-D and non-contiguous views, and no mask at all
+    np.testing.assert_allclose(
+        float(masked_mse(p_bad[::-1], t_bad[::-1], m[::-1])), want, rtol=rtol
+    )
+    want_all = ((p.astype(np.float64) - t) ** 2).mean()
+    np.testing.assert_allclose(float(masked_mse(p, t)), want_all, rtol=rtol)
+    if n % 5 == 0:
+        np.testing.assert_allclose(
+            float(masked_mse(p_bad.reshape(5, -1).T, t_bad.reshape(5, -1).T, m.reshape(5, -1).T)),
+            want, rtol=rtol,
+        )
+
+
+def test_committed_results_and_docs_agree() -> None:
+    """results.md is rendered from results.json, and docs/benchmarks.md quotes its table."""
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    assert results["meta"]["quick"] is False, "commit the results of a full run (make bench)"
+    md = (ROOT / "benchmarks" / "results.md").read_text()
+    assert md == bench.markdown_table(
+        results["rows"], results["import_s"], results["meta"], results["targets"]
+    ), "benchmarks/results.md is stale: run `make bench`"
+    assert results["targets"] == bench.check_targets(results["rows"], results["import_s"])
+    table = [line for line in md.splitlines() if line.startswith("| backend |")
+             or line.startswith(tuple(f"| {b} |" for b in BACKENDS))]
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    for line in table:
+        assert line in page, f"docs/benchmarks.md does not quote this row of results.md: {line}"
+    for t in results["targets"]:  # every figure the page reads against a target
+        assert f"{t['ratio']:.2f}" in page, t
+    assert "assets/benchmarks/results.png" in page
+    assert (ROOT / "docs" / "assets" / "benchmarks" / "results.png").stat().st_size > 10_000
