@@ -21,6 +21,7 @@ quickstart: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check masked_losses tests examples benchmarks docs
+	$(PY) -m mypy masked_losses
 
 # The docs build (mkdocs build --strict) and every docs snippet are tests in tests/test_docs.py.
 test: $(STAMP) lint

@@ -55,7 +55,7 @@ def resolve_validity(
     xp: Any,
     mask: Array | None,
     weights: Array | None,
-    shape: Sequence[int],
+    shape: Sequence[int | None],
     dtype: Any,
     of: str = "pred",
 ) -> tuple[Array | None, Array | None]:

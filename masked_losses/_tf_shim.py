@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,9 @@ def _is_scalar(x: Any) -> bool:
 
 
 def _axis(axis: Axis) -> list[int] | int | None:
-    return list(axis) if isinstance(axis, (tuple, list)) else axis
+    if axis is None or isinstance(axis, int):
+        return axis
+    return list(axis)
 
 
 def _promote_pair(a: tf.DType, b: tf.DType) -> tf.DType:
@@ -134,7 +137,7 @@ class TensorFlowNamespace:
         dtype = getattr(x, "dtype", None)
         return tf.as_dtype(dtype if dtype is not None else x)
 
-    def isdtype(self, dtype: Any, kind: Any) -> bool:
+    def isdtype(self, dtype: Any, kind: Any) -> builtins.bool:
         """Whether ``dtype`` is of ``kind`` (a dtype, a kind name, or a tuple of those).
 
         Args:
@@ -231,7 +234,9 @@ class TensorFlowNamespace:
             return obj if dtype is None else tf.cast(obj, dtype)
         return tf.convert_to_tensor(obj, dtype=dtype)
 
-    def astype(self, x: Any, dtype: Any, /, *, copy: bool = True, device: Any = None) -> Any:
+    def astype(
+        self, x: Any, dtype: Any, /, *, copy: builtins.bool = True, device: Any = None
+    ) -> Any:
         """``x`` cast to ``dtype`` (unchanged when it already has it and ``copy=False``).
 
         Args:
@@ -328,7 +333,7 @@ class TensorFlowNamespace:
     # ---- reductions ------------------------------------------------------------------------
 
     def sum(
-        self, x: Any, /, *, axis: Axis = None, dtype: Any = None, keepdims: bool = False
+        self, x: Any, /, *, axis: Axis = None, dtype: Any = None, keepdims: builtins.bool = False
     ) -> tf.Tensor:
         """Sum over ``axis`` (all axes when None; no axis when ``()``).
 
@@ -348,7 +353,9 @@ class TensorFlowNamespace:
             x = tf.cast(x, dtype)
         return tf.reduce_sum(x, axis=_axis(axis), keepdims=keepdims)
 
-    def count_nonzero(self, x: Any, /, *, axis: Axis = None, keepdims: bool = False) -> tf.Tensor:
+    def count_nonzero(
+        self, x: Any, /, *, axis: Axis = None, keepdims: builtins.bool = False
+    ) -> tf.Tensor:
         """Number of nonzero (True) entries over ``axis``, as ``int64``.
 
         Summed in ``int32`` when ``x`` has a known size below 2**31 (no count can overflow
@@ -363,13 +370,13 @@ class TensorFlowNamespace:
         count = tf.reduce_sum(tf.cast(x, acc), axis=_axis(axis), keepdims=keepdims)
         return count if acc == tf.int64 else tf.cast(count, tf.int64)
 
-    def any(self, x: Any, /, *, axis: Axis = None, keepdims: bool = False) -> tf.Tensor:
+    def any(self, x: Any, /, *, axis: Axis = None, keepdims: builtins.bool = False) -> tf.Tensor:
         """Whether any entry over ``axis`` is nonzero (True)."""
         if x.dtype != tf.bool:
             x = tf.not_equal(x, tf.zeros((), x.dtype))
         return tf.reduce_any(x, axis=_axis(axis), keepdims=keepdims)
 
-    def min(self, x: Any, /, *, axis: Axis = None, keepdims: bool = False) -> tf.Tensor:
+    def min(self, x: Any, /, *, axis: Axis = None, keepdims: builtins.bool = False) -> tf.Tensor:
         """Minimum over ``axis``."""
         return tf.reduce_min(x, axis=_axis(axis), keepdims=keepdims)
 

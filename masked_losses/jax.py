@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -373,7 +374,5 @@ def masked(elementwise_fn: Callable[[Array, Array], Array], *, fill: float = 0.0
             core_loss, pred, target, mask, weights, reduction, axis, normalizer, axis_name
         )
 
-    loss.__name__ = core_loss.__name__
-    loss.__qualname__ = core_loss.__qualname__
-    loss.__doc__ = core_loss.__doc__
+    functools.update_wrapper(loss, core_loss, assigned=("__name__", "__qualname__", "__doc__"))
     return loss
