@@ -1,6 +1,6 @@
 # Two entry points do all set-up on a fresh machine (Python 3.11+):
 #   make demo   - runs the multi-task experiment
-#   make test   - lint, the whole test suite on every backend, the docs build
+#   make test   - ruff, mypy, the whole test suite on every backend, the docs build
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
