@@ -185,12 +185,18 @@ def masked_mse(
     )
 
 
-def _check_labels(xp: Any, target: Array) -> None:
-    """Raise on negative or NaN labels; only called on concrete arrays."""
+def _check_labels(xp: Any, target: Array, mask: Array | None) -> None:
+    """Raise on negative or NaN labels where ``mask`` allows; only on concrete arrays."""
+    considered = None if mask is None else xp.astype(mask, xp.bool)
     bad = ~(target >= 0)
+    if considered is not None:
+        bad = bad & considered
     if bool(xp.any(bad)):
-        n_nan = int(xp.count_nonzero(xp.isnan(target)))
-        n_neg = int(xp.count_nonzero(target < 0))
+        nan, neg = xp.isnan(target), target < 0
+        if considered is not None:
+            nan, neg = nan & considered, neg & considered
+        n_nan = int(xp.count_nonzero(nan))
+        n_neg = int(xp.count_nonzero(neg))
         raise LabelError(
             f"epsilon_ratio_mse treats 0 as 'missing' and needs labels >= 0, but target has "
             f"{n_neg} negative and {n_nan} NaN entries. Use masked_mse with an explicit mask "
@@ -205,6 +211,7 @@ def epsilon_ratio_mse(
     /,
     *,
     eps: float = 1e-6,
+    mask: Array | None = None,
     weights: Array | None = None,
     reduction: str = "mean",
     axis: Axis = None,
@@ -226,13 +233,17 @@ def epsilon_ratio_mse(
         pred: predictions, real floating, shape ``S``.
         target: non-negative labels, same shape as ``pred``; 0 marks a missing label.
         eps: the softening constant, a Python float > 0.
+        mask: optional validity on top of ``target != 0`` (bool or numeric, nonzero =
+            valid, ``pred``'s number of axes): where it is False the entry is missing
+            whatever its label holds (NaN included), exactly as a 0 label.
         weights: optional numeric weights broadcastable to ``S`` (multiply the ratio).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         axis: axes to reduce; None reduces all.
         normalizer: replaces the denominator of ``"mean"``.
-        check: raise :class:`LabelError` on negative or NaN labels when ``target`` is
-            concrete (the check is skipped under ``jax.jit``, ``torch.compile`` and
-            ``tf.function``; it costs one device synchronisation in eager mode).
+        check: raise :class:`LabelError` on negative or NaN labels (outside ``mask``)
+            when ``target`` is concrete (the check is skipped under ``jax.jit``,
+            ``torch.compile`` and ``tf.function``; it costs one device synchronisation in
+            eager mode).
 
     Returns:
         The loss in the promoted dtype of ``pred`` and ``target``.
@@ -247,11 +258,11 @@ def epsilon_ratio_mse(
     """
     check_eps(eps)
     xp, axes, out_dtype, dtype = _prepare(
-        pred, target, None, weights, reduction, axis, normalizer
+        pred, target, mask, weights, reduction, axis, normalizer
     )
+    terms, valid, ratio = epsilon_ratio_terms(xp, pred, target, eps, weights, dtype, mask)
     if check and not is_traced(target):
-        _check_labels(xp, target)
-    terms, valid, ratio = epsilon_ratio_terms(xp, pred, target, eps, weights, dtype)
+        _check_labels(xp, target, mask)
     return reduce_terms(
         xp, terms, valid, ratio, reduction=reduction, axis=axes,
         normalizer=normalizer, out_dtype=out_dtype,
@@ -259,15 +270,23 @@ def epsilon_ratio_mse(
 
 
 def epsilon_ratio_terms(
-    xp: Any, pred: Array, target: Array, eps: float, weights: Array | None, dtype: Any
+    xp: Any,
+    pred: Array,
+    target: Array,
+    eps: float,
+    weights: Array | None,
+    dtype: Any,
+    mask: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     """``(squared errors, valid, ratio weights)`` of :func:`epsilon_ratio_mse`, unreduced.
 
     Shared with adapters that need the denominator ``Σ ratio`` of ``"mean"`` on its own
-    (``masked_losses.jax`` sums it across devices); the ratio is 0 where ``target == 0``.
+    (``masked_losses.jax`` and the Keras losses sum it across devices); the ratio is 0
+    where ``target == 0`` or ``mask`` is False.
     """
     p, t = cast(xp, pred, dtype), cast(xp, target, dtype)
-    valid, w = resolve_validity(xp, t != 0, weights, pred.shape, dtype)
+    valid, w = resolve_validity(xp, mask, weights, pred.shape, dtype)
+    valid = t != 0 if valid is None else valid & (t != 0)
     t = xp.where(valid, t, 0.0)
     p = xp.where(valid, p, 0.0)
     ratio = t / (t + eps)

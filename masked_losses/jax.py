@@ -181,6 +181,7 @@ def epsilon_ratio_mse(
     /,
     *,
     eps: float = 1e-6,
+    mask: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
     axis: Axis = None,
@@ -198,6 +199,7 @@ def epsilon_ratio_mse(
         pred: predictions, real floating, shape ``S``.
         target: non-negative labels, same shape; 0 = missing.
         eps: the softening constant, a Python float > 0.
+        mask: optional validity on top of ``target != 0``; False marks a missing entry.
         weights: optional weights broadcastable to ``S``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         axis: axes to reduce; None reduces all.
@@ -219,14 +221,14 @@ def epsilon_ratio_mse(
     """
     _check_axis_name(axis_name, reduction)
     check_eps(eps)
-    pred, target, weights = map(_as_jax, (pred, target, weights))
+    pred, target, mask, weights = map(_as_jax, (pred, target, mask, weights))
     normalizer = _as_normalizer(normalizer)
     if axis_name is not None and reduction == "mean" and normalizer is None:
-        xp, _, _, dtype = _prepare(pred, target, None, weights, reduction, axis, normalizer)
-        _, valid, ratio = epsilon_ratio_terms(xp, pred, target, eps, weights, dtype)
+        xp, _, _, dtype = _prepare(pred, target, mask, weights, reduction, axis, normalizer)
+        _, valid, ratio = epsilon_ratio_terms(xp, pred, target, eps, weights, dtype, mask)
         normalizer = _global_denominator(pred.shape, valid, ratio, axis, axis_name)
     local = _losses.epsilon_ratio_mse(
-        pred, target, eps=eps, weights=weights, reduction=reduction, axis=axis,
+        pred, target, eps=eps, mask=mask, weights=weights, reduction=reduction, axis=axis,
         normalizer=normalizer, check=check,
     )
     return local if axis_name is None else jax.lax.psum(local, axis_name)

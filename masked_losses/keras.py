@@ -37,13 +37,15 @@ and ``docs/distributed.md``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import keras
 from keras import ops
 
 from ._errors import ArgumentError, ShapeError
-from ._losses import epsilon_ratio_mse, masked_mse
+from ._losses import _prepare, epsilon_ratio_mse, epsilon_ratio_terms, masked_mse
+from ._reduce import valid_count
 from ._validate import check_eps
 
 __all__ = ["EpsilonRatioMeanSquaredError", "MaskedMeanSquaredError"]
@@ -261,13 +263,12 @@ class EpsilonRatioMeanSquaredError(_MaskedLossBase):
 
     def _loss(self, y_true: Any, y_pred: Any, sample_weight: Any, reduction: str) -> Any:
         y_true, y_pred, keras_mask, weights = self._inputs(y_true, y_pred, sample_weight)
-        if keras_mask is not None:
-            keras_mask = ops.cast(keras_mask, self.dtype)
-            weights = keras_mask if weights is None else weights * keras_mask
         return epsilon_ratio_mse(
-            y_pred, y_true, eps=self.eps, weights=weights, reduction=reduction,
-            check=self.check,
-            normalizer=_global_ratio_normalizer(y_pred, y_true, self.eps, weights, reduction),
+            y_pred, y_true, eps=self.eps, mask=keras_mask, weights=weights,
+            reduction=reduction, check=self.check,
+            normalizer=_global_ratio_normalizer(
+                y_pred, y_true, self.eps, keras_mask, weights, reduction
+            ),
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -286,11 +287,6 @@ class EpsilonRatioMeanSquaredError(_MaskedLossBase):
 # gradients then add up exactly to the full-batch ones. With one replica, outside a replica
 # context (e.g. Keras' symbolic build) and on the JAX/PyTorch Keras backends nothing
 # changes. Only normalisers are computed here; the loss itself is the core's.
-
-import sys  # noqa: E402  (this section keeps its own imports)
-
-from ._losses import _prepare, epsilon_ratio_terms  # noqa: E402
-from ._reduce import valid_count  # noqa: E402
 
 
 def _replica_context() -> Any:
@@ -324,7 +320,7 @@ def _global_normalizer(valid: Any, weights: Any, dtype: Any, reduction: str) -> 
 
 
 def _global_ratio_normalizer(
-    y_pred: Any, y_true: Any, eps: float, weights: Any, reduction: str
+    y_pred: Any, y_true: Any, eps: float, mask: Any, weights: Any, reduction: str
 ) -> Any:
     """``normalizer=`` of :class:`EpsilonRatioMeanSquaredError` under several replicas.
 
@@ -334,6 +330,6 @@ def _global_ratio_normalizer(
     context = None if reduction != "mean" else _replica_context()
     if context is None:
         return None
-    xp, _, _, dtype = _prepare(y_pred, y_true, None, weights, "mean", None, None)
-    _, valid, ratio = epsilon_ratio_terms(xp, y_pred, y_true, eps, weights, dtype)
+    xp, _, _, dtype = _prepare(y_pred, y_true, mask, weights, "mean", None, None)
+    _, valid, ratio = epsilon_ratio_terms(xp, y_pred, y_true, eps, weights, dtype, mask)
     return _sum_over_replicas(context, valid_count(valid, weights=ratio), dtype)

@@ -14,14 +14,23 @@ under ``torch.compile(fullgraph=True)`` without graph breaks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from ._losses import epsilon_ratio_mse, masked_mse
 from ._namespace import array_namespace
-from ._validate import check_broadcastable, check_eps, check_mask_dtype, check_reduction
+from ._reduce import valid_count
+from ._validate import check_eps, check_reduction
+from .metrics import MaskedMetrics
 
-__all__ = ["EpsilonRatioMSELoss", "MaskedMSELoss"]
+__all__ = [
+    "EpsilonRatioMSELoss",
+    "MaskedMSELoss",
+    "all_reduce_metrics",
+    "ddp_normalizer",
+    "global_valid_count",
+]
 
 Axis = int | Sequence[int] | None
 
@@ -142,7 +151,7 @@ class EpsilonRatioMSELoss(torch.nn.Module):
 
     Shape:
         As :class:`MaskedMSELoss`. An explicit ``mask`` is optional: where it is False the
-        label is treated as 0 ("missing"), whatever it holds.
+        entry is missing, exactly as a 0 label, whatever the label holds.
 
     Dtype: as :class:`MaskedMSELoss` (float32 under ``torch.autocast`` for 16-bit inputs).
 
@@ -187,15 +196,11 @@ class EpsilonRatioMSELoss(torch.nn.Module):
         Returns:
             The loss tensor.
         """
-        if mask is not None:
-            check_mask_dtype(array_namespace(mask=mask), mask, "mask")
-            check_broadcastable(mask, "mask", tuple(input.shape))
-            valid = mask if mask.dtype == torch.bool else mask != 0
-            target = torch.where(valid, target, target.new_zeros(()))
         return epsilon_ratio_mse(
             _autocast_to_float32(input),
             _autocast_to_float32(target),
             eps=self.eps,
+            mask=mask,
             weights=weight,
             reduction=self.reduction,
             axis=axis,
@@ -212,13 +217,6 @@ class EpsilonRatioMSELoss(torch.nn.Module):
 # The helpers below compute normalisers only (no loss math): the valid count of a batch that
 # is split across the ranks of a process group, to pass as ``normalizer=`` to the losses.
 # See docs/distributed.md for the derivation and the full DDP / gradient-accumulation recipe.
-
-from typing import Any  # noqa: E402  (this section keeps its own imports)
-
-from ._reduce import valid_count  # noqa: E402
-from .metrics import MaskedMetrics  # noqa: E402
-
-__all__ += ["all_reduce_metrics", "ddp_normalizer", "global_valid_count"]
 
 
 def _process_group_size(group: Any) -> int | None:

@@ -207,3 +207,52 @@ def test_check_passes_valid_labels_eagerly(xp):
     want = np.sum(formula(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 5.0]), 1e-6))
     want /= 2 / (2 + 1e-6) + 5 / (5 + 1e-6)
     np.testing.assert_allclose(xp.to_numpy(out), want, rtol=1e-6)
+
+
+# ---- mask= : an explicit "missing" on top of the 0 labels ---------------------------------
+
+
+@FIXTURE_SETTINGS
+@given(data=st.data())
+def test_mask_equals_zeroing_the_masked_labels_whatever_they_hold(xp, data):
+    wide = tuple(d for d in ("float64", "float32") if d in xp.float_dtypes)[:1]
+    dtype, pred, target, eps = draw_problem(data, xp, wide)
+    mask = data.draw(hnp.arrays(np.bool_, pred.shape), label="mask")
+    garbage = _exact(data.draw(hnp.arrays(np.float64, pred.shape, elements=GARBAGE)), dtype)
+    stored = np.where(mask, target, garbage)  # NaN/±inf labels where masked: check=True passes
+    zeroed = np.where(mask, target, 0.0)  # the oracle: a masked label reads as 0 (missing)
+    reduction = data.draw(st.sampled_from(["mean", "sum", "none"]), label="reduction")
+    p, m = _to(xp, pred, dtype), xp.asarray(mask)
+    got = xp.run(ml.epsilon_ratio_mse, p, _to(xp, stored, dtype), mask=m, eps=eps,
+                 reduction=reduction)
+    terms = formula(pred, zeroed, eps)
+    ratio = np.where(zeroed != 0, zeroed / (np.where(zeroed != 0, zeroed, 1.0) + eps), 0.0)
+    want = {"none": terms, "sum": np.sum(terms),
+            "mean": np.sum(terms) / np.sum(ratio) if np.sum(ratio) > 0 else 0.0}[reduction]
+    np.testing.assert_allclose(xp.to_numpy(got), want, rtol=RTOL[dtype], atol=1e-30)
+
+
+@FIXTURE_SETTINGS
+@given(data=st.data())
+def test_mask_gives_zero_gradient_at_masked_entries(ad, data):
+    dtype, pred, target, eps = draw_problem(data, ad, ("float32",))
+    mask = data.draw(hnp.arrays(np.bool_, pred.shape), label="mask")
+    stored = np.where(mask, target, np.nan)
+    _, gp, gt = ad.value_and_grad(
+        functools.partial(ml.epsilon_ratio_mse, mask=ad.asarray(mask), eps=eps),
+        _to(ad, pred, dtype), _to(ad, stored, dtype),
+    )
+    assert np.all(np.asarray(gp)[~mask] == 0)
+    assert np.all(np.asarray(gt)[~mask] == 0)
+    assert np.all(np.isfinite(gp))
+    assert np.all(np.isfinite(gt))
+
+
+def test_check_still_rejects_bad_labels_where_the_mask_is_true(xp):
+    if xp.name == "jax.jit":
+        return  # traced: no check (see the test above)
+    p = xp.asarray(np.ones((2, 2), np.float32))
+    t = xp.asarray(np.array([[np.nan, 2.0], [-1.0, 1.0]], np.float32))
+    xp.run(ml.epsilon_ratio_mse, p, t, mask=xp.asarray(np.array([[0, 1], [0, 1]], bool)))
+    with pytest.raises(ml.LabelError, match="1 negative and 0 NaN"):
+        xp.run(ml.epsilon_ratio_mse, p, t, mask=xp.asarray(np.array([[0, 1], [1, 1]], bool)))
