@@ -14,47 +14,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from hypothesis.extra.array_api import make_strategies_namespace
 
 import masked_losses as ml
+from tests.strategies import FIXTURE_SETTINGS, RTOL, draw_np, exact_in, to_backend
 
-FIXTURE_SETTINGS = settings(
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-)
 SHAPES = ((), (0,), (1,), (5,), (2, 3), (3, 1), (0, 2), (2, 1, 3), (2, 2, 2))
 GARBAGE = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30])
-RTOL = {"float64": 1e-9, "float32": 3e-5, "float16": 3e-3, "bfloat16": 1.6e-2}
-
-
-@functools.cache
-def _xps(namespace: Any) -> Any:
-    return make_strategies_namespace(namespace)
-
-
-def _exact(a: np.ndarray, dtype: str) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        if dtype == "bfloat16":
-            bits = a.astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
-            return bits.view(np.float32).astype(np.float64)
-        return a.astype(dtype).astype(np.float64)
-
-
-def _to(b: Any, a: np.ndarray, dtype: str) -> Any:
-    if dtype == "bfloat16":
-        return b.cast(b.asarray(a.astype(np.float32)), "bfloat16")
-    return b.asarray(a.astype(dtype))
 
 
 def _draw(data: st.DataObject, b: Any, dtype: str, shape: tuple, elements: Any) -> np.ndarray:
     """Float64 values of ``dtype``, drawn through ``b``'s namespace where hypothesis can."""
-    if b.name in ("array_api_strict", "numpy") and dtype in ("float32", "float64"):
-        arr = data.draw(_xps(b.xp).arrays(getattr(b.xp, dtype), shape, elements=elements))
-        return _exact(np.asarray(b.to_numpy(arr)), dtype)
-    np_dtype = np.float32 if dtype == "bfloat16" else np.dtype(dtype)
-    return _exact(data.draw(hnp.arrays(np_dtype, shape, elements=elements)), dtype)
+    return exact_in(draw_np(data, b, dtype, shape, elements), dtype)
 
 
 def draw_problem(data: st.DataObject, b: Any, dtypes: tuple[str, ...] | None = None) -> Any:
@@ -65,7 +38,7 @@ def draw_problem(data: st.DataObject, b: Any, dtypes: tuple[str, ...] | None = N
     labels = st.one_of(st.just(0.0), st.floats(0.5, 10.0, width=width))
     target = _draw(data, b, dtype, shape, labels)
     pred = _draw(data, b, dtype, shape, st.floats(-10.0, 10.0, width=width))
-    garbage = _exact(data.draw(hnp.arrays(np.float64, shape, elements=GARBAGE)), dtype)
+    garbage = exact_in(data.draw(hnp.arrays(np.float64, shape, elements=GARBAGE)), dtype)
     pred = np.where(target == 0, garbage, pred)
     eps = data.draw(st.floats(1e-6, 0.2), label="eps")
     return dtype, pred, target, eps
@@ -97,7 +70,7 @@ def test_matches_masked_mse_within_the_bound_eps_implies(xp, data):
     dtype, pred, target, eps = draw_problem(data, xp)
     reduction = data.draw(st.sampled_from(["mean", "sum"]), label="reduction")
     axis = draw_axis(data, pred.ndim)
-    p, t = _to(xp, pred, dtype), _to(xp, target, dtype)
+    p, t = to_backend(xp, pred, dtype), to_backend(xp, target, dtype)
     got = xp.run(ml.epsilon_ratio_mse, p, t, eps=eps, reduction=reduction, axis=axis)
     ref = xp.run(ml.masked_mse, p, t, xp.asarray(target != 0), reduction=reduction, axis=axis)
     got = np.asarray(xp.to_numpy(got), np.float64)
@@ -117,7 +90,7 @@ def test_matches_masked_mse_within_the_bound_eps_implies(xp, data):
 def test_none_and_sum_equal_the_exact_formula(xp, data):
     wide = tuple(d for d in ("float64", "float32") if d in xp.float_dtypes)[:1]
     dtype, pred, target, eps = draw_problem(data, xp, wide)
-    p, t = _to(xp, pred, dtype), _to(xp, target, dtype)
+    p, t = to_backend(xp, pred, dtype), to_backend(xp, target, dtype)
     terms = formula(pred, target, eps)
     none = xp.run(ml.epsilon_ratio_mse, p, t, eps=eps, reduction="none")
     assert xp.dtype_name(none) == dtype
@@ -165,7 +138,7 @@ def test_gradients_zero_at_missing_labels_and_match_the_formula(ad, data):
     reduction = data.draw(st.sampled_from(["mean", "sum", "none"]), label="reduction")
     axis = None if reduction == "none" else draw_axis(data, pred.ndim)
     value, gp, gt = ad.value_and_grad(
-        ml.epsilon_ratio_mse, _to(ad, pred, dtype), _to(ad, target, dtype),
+        ml.epsilon_ratio_mse, to_backend(ad, pred, dtype), to_backend(ad, target, dtype),
         eps=eps, reduction=reduction, axis=axis,
     )
     gp, gt = np.asarray(gp, np.float64), np.asarray(gt, np.float64)
@@ -218,12 +191,12 @@ def test_mask_equals_zeroing_the_masked_labels_whatever_they_hold(xp, data):
     wide = tuple(d for d in ("float64", "float32") if d in xp.float_dtypes)[:1]
     dtype, pred, target, eps = draw_problem(data, xp, wide)
     mask = data.draw(hnp.arrays(np.bool_, pred.shape), label="mask")
-    garbage = _exact(data.draw(hnp.arrays(np.float64, pred.shape, elements=GARBAGE)), dtype)
+    garbage = exact_in(data.draw(hnp.arrays(np.float64, pred.shape, elements=GARBAGE)), dtype)
     stored = np.where(mask, target, garbage)  # NaN/±inf labels where masked: check=True passes
     zeroed = np.where(mask, target, 0.0)  # the oracle: a masked label reads as 0 (missing)
     reduction = data.draw(st.sampled_from(["mean", "sum", "none"]), label="reduction")
-    p, m = _to(xp, pred, dtype), xp.asarray(mask)
-    got = xp.run(ml.epsilon_ratio_mse, p, _to(xp, stored, dtype), mask=m, eps=eps,
+    p, m = to_backend(xp, pred, dtype), xp.asarray(mask)
+    got = xp.run(ml.epsilon_ratio_mse, p, to_backend(xp, stored, dtype), mask=m, eps=eps,
                  reduction=reduction)
     terms = formula(pred, zeroed, eps)
     ratio = np.where(zeroed != 0, zeroed / (np.where(zeroed != 0, zeroed, 1.0) + eps), 0.0)
@@ -240,7 +213,7 @@ def test_mask_gives_zero_gradient_at_masked_entries(ad, data):
     stored = np.where(mask, target, np.nan)
     _, gp, gt = ad.value_and_grad(
         functools.partial(ml.epsilon_ratio_mse, mask=ad.asarray(mask), eps=eps),
-        _to(ad, pred, dtype), _to(ad, stored, dtype),
+        to_backend(ad, pred, dtype), to_backend(ad, stored, dtype),
     )
     assert np.all(np.asarray(gp)[~mask] == 0)
     assert np.all(np.asarray(gt)[~mask] == 0)

@@ -9,7 +9,6 @@ float64 NumPy oracle that only ever sees the valid entries.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,22 +16,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from hypothesis.extra.array_api import make_strategies_namespace
 
 import masked_losses as ml
+from tests.strategies import FIXTURE_SETTINGS, RTOL, draw_np, exact_in, to_backend
 
-FIXTURE_SETTINGS = settings(
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-)
-XPS_BACKENDS = ("array_api_strict", "numpy")
 BOUND = 10.0
 GARBAGE = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30]), st.floats(-1e6, 1e6)
 )
-RTOL = {"float64": 1e-9, "float32": 3e-5, "float16": 3e-3, "bfloat16": 1.6e-2}
 TINY = {"float64": 2.3e-308, "float32": 1.2e-38, "float16": 6.2e-5, "bfloat16": 1.2e-38}
 
 
@@ -69,36 +63,6 @@ LOSSES = {
 
 
 # ---- drawing cases ---------------------------------------------------------------------
-
-
-@functools.cache
-def _xps(namespace: Any) -> Any:
-    return make_strategies_namespace(namespace)
-
-
-def draw_np(data: st.DataObject, b: Any, dtype: str, shape: tuple[int, ...], elements: Any) -> Any:
-    """A NumPy array drawn through ``b``'s own namespace where hypothesis supports it."""
-    if b.name in XPS_BACKENDS and dtype not in ("float16", "bfloat16"):  # not Array API dtypes
-        arr = data.draw(_xps(b.xp).arrays(getattr(b.xp, dtype), shape, elements=elements))
-        return np.asarray(b.to_numpy(arr))
-    np_dtype = np.float32 if dtype == "bfloat16" else np.dtype(dtype)
-    return data.draw(hnp.arrays(np_dtype, shape, elements=elements))
-
-
-def exact_in(a: np.ndarray, dtype: str) -> np.ndarray:
-    """``a`` rounded to ``dtype`` (bfloat16 by truncation), returned as float64."""
-    with np.errstate(over="ignore"):
-        if dtype == "bfloat16":
-            bits = a.astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
-            return bits.view(np.float32).astype(np.float64)
-        return a.astype(dtype).astype(np.float64)
-
-
-def to_backend(b: Any, a: np.ndarray, dtype: str) -> Any:
-    """Float64 ``a`` (exactly representable in ``dtype``) as a ``dtype`` array of ``b``."""
-    if dtype == "bfloat16":
-        return b.cast(b.asarray(a.astype(np.float32)), "bfloat16")
-    return b.asarray(a.astype(dtype))
 
 
 # A small catalogue (0-d, size-0 axes, size-1 axes, up to 3-d) rather than free shapes: JAX
